@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 REGIMES = ("decode-dominated", "mixed", "prefill-dominated")
+ZERO_RULE = ("rows whose target is missing or <= 0 are not scored (counted in n_excluded); "
+             "predictions are never masked: a NaN or infinite prediction makes the score NaN")
 
 
 def scored_mask(actual: np.ndarray) -> np.ndarray:

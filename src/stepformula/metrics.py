@@ -21,10 +21,17 @@ def scored_mask(actual: np.ndarray) -> np.ndarray:
     return np.isfinite(actual) & (actual > 0)
 
 
+def _predictions(predicted: np.ndarray, shape: tuple) -> np.ndarray:
+    """Predictions as floats of the targets' shape, an infinite one as NaN: otherwise an
+    infinite prediction would give an infinite MAPE but a finite median (or p90) APE."""
+    predicted = np.broadcast_to(np.asarray(predicted, dtype=float), shape)
+    return np.where(np.isfinite(predicted), predicted, np.nan)
+
+
 def abs_pct_errors(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """|pred - actual| / actual on scored rows, as fractions (0.25 is 25%)."""
     actual = np.asarray(actual, dtype=float)
-    predicted = np.broadcast_to(np.asarray(predicted, dtype=float), actual.shape)
+    predicted = _predictions(predicted, actual.shape)
     mask = scored_mask(actual)
     return np.abs(predicted[mask] - actual[mask]) / actual[mask]
 
@@ -32,7 +39,7 @@ def abs_pct_errors(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 def error_summary(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """MAPE, median APE, p90 APE and WAPE as fractions, with the row counts."""
     actual = np.asarray(actual, dtype=float)
-    predicted = np.broadcast_to(np.asarray(predicted, dtype=float), actual.shape)
+    predicted = _predictions(predicted, actual.shape)
     mask = scored_mask(actual)
     ape = abs_pct_errors(actual, predicted)
     n = int(mask.sum())

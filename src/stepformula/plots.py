@@ -52,3 +52,69 @@ def mape_bars(table: pd.DataFrame, path: str | Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def pareto_plot(points: pd.DataFrame, front: pd.DataFrame, selected_ops: int | None,
+                op_limit: int, path: str | Path, title: str) -> None:
+    """Validation MAPE vs operations: every candidate (grey), the front (line), the winner (star)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter(points["num_operations"], 100 * points["valid_mape"], s=10, color="0.6",
+               label="archive elites")
+    ax.step(front["num_operations"], 100 * front["valid_mape"], where="post", color="C0",
+            marker="o", label="Pareto front")
+    if selected_ops is not None:
+        chosen = front[front["selected"]] if "selected" in front else front.iloc[0:0]
+        if len(chosen):
+            ax.scatter(chosen["num_operations"], 100 * chosen["valid_mape"], marker="*", s=220,
+                       color="C3", zorder=5, label="selected")
+    ax.axvline(op_limit - 0.5, color="C3", linestyle="--", linewidth=1, label=f"< {op_limit} ops")
+    ax.set_yscale("log")
+    ax.set_xlabel("operations")
+    ax.set_ylabel("validation MAPE (%, log scale)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def predicted_vs_actual(experiments, actual, predicted, path: str | Path, title: str) -> None:
+    """One log-log scatter per experiment, with the y = x line."""
+    names = sorted(set(experiments))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = experiments == name
+        a, p = actual[rows], predicted[rows]
+        keep = (a > 0) & (p > 0)
+        ax.scatter(a[keep], p[keep], s=4, alpha=0.35)
+        low = min(a[keep].min(), p[keep].min()) if keep.any() else 1
+        high = max(a[keep].max(), p[keep].max()) if keep.any() else 10
+        ax.plot([low, high], [low, high], color="C3", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(short_experiment(name), fontsize=9)
+        ax.set_xlabel("actual (µs)")
+        ax.set_ylabel("predicted (µs)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def evolution_curves(history: pd.DataFrame, path: str | Path, title: str) -> None:
+    """Best training MAPE so far vs iteration; one line per (target, run, engine)."""
+    targets = list(dict.fromkeys(history["target"]))
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.4 * len(targets), 4.4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        sub = history[history["target"] == target]
+        for (run, engine), line in sub.groupby(["run", "engine"], sort=True):
+            ax.plot(line["iteration"], 100 * line["best_mape"], label=f"run {run} ({engine})")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("best training MAPE so far (%, log scale)")
+        ax.set_title(target)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,1 @@
+"""Mutation engines: the language models that propose new programs to OpenEvolve."""

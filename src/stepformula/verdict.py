@@ -1,0 +1,84 @@
+"""The verdict on the hypothesis, from the test MAPE of the selected formula and the budget run.
+
+Hypothesis: an LLM-guided evolutionary search finds a formula with fewer than `op_limit`
+operations whose per-step test MAPE is below `supported_below` (25%). It is refuted if the best
+program is above `refuted_above` (30%) after at least the seed's budget (100 generations x 3
+independent runs).
+
+Status rules, in order:
+* no selected formula under the op limit -> refuted at full budget, else insufficient-budget;
+* MAPE < supported_below -> supported (a success needs no minimum budget);
+* MAPE > refuted_above -> refuted at full budget, insufficient-budget below it (more search
+  could still find one);
+* otherwise (between the thresholds) -> inconclusive at full budget, insufficient-budget below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+HYPOTHESIS = ("An LLM-guided evolutionary search (OpenEvolve: MAP-Elites with LLM mutations) finds "
+              "a compact formula (< {op_limit} operations) that predicts the {target} of one vLLM "
+              "engine step from the raw features with < {supported:.0f}% per-step test MAPE; it is "
+              "refuted if the best program is > {refuted:.0f}% after {generations} generations x "
+              "{runs} independent runs.")
+STATUSES = ("supported", "refuted", "inconclusive", "insufficient-budget")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The numbers the hypothesis states."""
+    supported_below: float = 0.25
+    refuted_above: float = 0.30
+    op_limit: int = 30
+    full_generations: int = 100
+    full_runs: int = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What was actually run."""
+    generations: int
+    population: int
+    runs: int
+    engine: dict
+    models: list
+
+
+def full_budget(budget: Budget, thresholds: Thresholds) -> bool:
+    return (budget.generations >= thresholds.full_generations
+            and budget.runs >= thresholds.full_runs)
+
+
+def status(test_mape: float | None, num_operations: int | None, budget: Budget,
+           thresholds: Thresholds) -> str:
+    """One of STATUSES, by the rules in the module docstring."""
+    full = full_budget(budget, thresholds)
+    if test_mape is None or num_operations is None or not math.isfinite(test_mape) \
+            or num_operations >= thresholds.op_limit:
+        return "refuted" if full else "insufficient-budget"
+    if test_mape < thresholds.supported_below:
+        return "supported"
+    if test_mape > thresholds.refuted_above:
+        return "refuted" if full else "insufficient-budget"
+    return "inconclusive" if full else "insufficient-budget"
+
+
+def verdict(target: str, test_mape: float | None, num_operations: int | None, budget: Budget,
+            thresholds: Thresholds, note: str) -> dict:
+    """The verdict document for one target."""
+    return {
+        "target": target,
+        "hypothesis": HYPOTHESIS.format(op_limit=thresholds.op_limit, target=target,
+                                        supported=100 * thresholds.supported_below,
+                                        refuted=100 * thresholds.refuted_above,
+                                        generations=thresholds.full_generations,
+                                        runs=thresholds.full_runs),
+        "thresholds": asdict(thresholds),
+        "budget": asdict(budget),
+        "full_budget": full_budget(budget, thresholds),
+        "result": {"test_mape": test_mape, "num_operations": num_operations},
+        "status": status(test_mape, num_operations, budget, thresholds),
+        "note": note,
+    }

@@ -12,6 +12,8 @@ import pytest
 from stepformula.errors import InputError
 from stepformula.program import Limits, ProgramRefused, check_program
 
+# One hostile program per file; line 1 is `# <what it attempts> | expect: <part of the refusal
+# reason>`, and SENTINEL is replaced by a temporary path the program would create if it ever ran.
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.prog"))
 # The shipped data has no kv_max, kv_min, kv_std: they must be refused as unknown.
 FEATURES = ("prefill_tokens", "decode_tokens", "scheduled_tokens", "num_prefill_reqs", "num_decode_reqs",
@@ -211,6 +213,16 @@ def test_with_constants_keeps_a_literal_a_separate_token():
     rewritten = program.with_constants([113.5])
     assert "return 113.5*f" in rewritten
     assert check_program(rewritten, FEATURES).fittable_values.tolist() == [113.5]
+
+
+@pytest.mark.parametrize("expression", ['-(-2.0) * f["decode_tokens"]', '- -2.0 * f["decode_tokens"]',
+                                        '+2.0 * f["decode_tokens"]', 'f["decode_tokens"] - -2.0'])
+@pytest.mark.parametrize("value", [3.0, -3.0, 0.0, -0.0])
+def test_with_constants_never_changes_the_operation_count(expression, value):
+    program = check_program(f"def predict(f):\n    return {expression}\n", FEATURES)
+    again = check_program(program.with_constants([value]), FEATURES)
+    assert again.num_operations == program.num_operations
+    assert again.fittable_values[0].hex() == float(value).hex()
 
 
 def test_with_constants_rejects_wrong_count_and_non_finite():

@@ -52,6 +52,7 @@ SCALE_GRID = np.arange(-6.0, 6.01, 0.5)  # log10 of the common factor tried in s
 MAX_RESTARTS = 3
 _NOT_FINITE_RESIDUAL = 1e3
 _NOT_POSITIVE_STEP = 20.0
+_RESIDUAL_BOUND = 1e8
 
 
 @dataclass(frozen=True)
@@ -198,13 +199,16 @@ class _Search:
                 if not (finite.all() and positive.all()):
                     relative = np.where(positive, relative, relative - _NOT_POSITIVE_STEP)
                     relative = np.where(finite, relative, _NOT_FINITE_RESIDUAL)
+                # Bounded, so the optimiser's sum of squares cannot overflow (4000 rows * 1e16).
+                relative = np.clip(relative, -_RESIDUAL_BOUND, _RESIDUAL_BOUND)
                 if not huber:
                     return relative
                 pseudo_huber = HUBER_DELTA * (np.sqrt(HUBER_DELTA * HUBER_DELTA + relative * relative)
                                               - HUBER_DELTA)
                 return np.copysign(np.sqrt(2.0 * pseudo_huber), relative)
 
-        least_squares(residuals, u0, method="lm", x_scale=1.0, max_nfev=self.max_evaluations)
+        with np.errstate(all="ignore"):
+            least_squares(residuals, u0, method="lm", x_scale=1.0, max_nfev=self.max_evaluations)
 
     def _consider(self, u: np.ndarray, constants: np.ndarray) -> None:
         """Score a promising point on all rows; keep it if best, or restart if it fails unseen rows."""

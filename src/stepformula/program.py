@@ -118,6 +118,9 @@ class Constant:
     col: int
     end_line: int
     end_col: int
+    # The literal is the operand of a unary minus (`-(-2.0)`): a positive value must be written
+    # `(+v)` there, or `-v` would read back as one literal and lose an operation.
+    under_minus: bool = False
 
     @property
     def fittable(self) -> bool:
@@ -200,8 +203,9 @@ class CheckedProgram:
         """The program text with the fittable constants replaced by `values` (text order).
 
         Only the literal spans change (comments and layout are kept; line ends are \\n, as
-        check_program normalises them). Values are written with
-        repr(float), which round-trips exactly; a negative value is parenthesised.
+        check_program normalises them). Values are written with repr(float), which round-trips
+        exactly; a negative value is parenthesised, and a positive one under a unary minus is
+        written (+v), so the operation count never changes.
         """
         fittable = self.fittable
         values = [float(v) for v in values]
@@ -213,7 +217,10 @@ class CheckedProgram:
         lines = _split_lines(self.text)
         # Replace from the last span backwards so earlier offsets stay valid.
         for constant, value in sorted(zip(fittable, values), key=lambda cv: cv[0].span, reverse=True):
-            literal = repr(value) if value >= 0 and not _is_negative_zero(value) else f"({value!r})"
+            if value < 0 or _is_negative_zero(value):
+                literal = f"({value!r})"
+            else:
+                literal = f"(+{value!r})" if constant.under_minus else repr(value)
             first, last = constant.line - 1, constant.end_line - 1
             before = lines[first][:constant.col]
             after = lines[last][constant.end_col:]
@@ -464,12 +471,13 @@ class _Checker:
 
     # ---- expressions -----------------------------------------------------------------------------
 
-    def _expression(self, node: ast.AST, in_comparison: bool) -> tuple[str, int, bool]:
+    def _expression(self, node: ast.AST, in_comparison: bool,
+                    under_minus: bool = False) -> tuple[str, int, bool]:
         """(kind, operations, depends on a feature) of an expression, refusing anything outside the language."""
         line = _line(node)
         literal = _numeric_literal(node)
         if literal is not None:
-            self._add_constant(node, literal, "threshold" if in_comparison else "coefficient")
+            self._add_constant(node, literal, "threshold" if in_comparison else "coefficient", under_minus)
             return _NUM, 0, False
         if isinstance(node, ast.Constant):
             what = "string" if isinstance(node.value, str) else type(node.value).__name__
@@ -484,7 +492,8 @@ class _Checker:
             return self._binary(node, in_comparison)
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, (ast.USub, ast.UAdd)):
-                kind, ops, depends = self._expression(node.operand, in_comparison)
+                kind, ops, depends = self._expression(node.operand, in_comparison,
+                                                      under_minus=isinstance(node.op, ast.USub))
                 if kind != _NUM:
                     raise ProgramRefused("unary minus/plus applies to numbers, not conditions", line)
                 return _NUM, ops + (1 if isinstance(node.op, ast.USub) else 0), depends
@@ -499,11 +508,11 @@ class _Checker:
                 line)
         raise ProgramRefused(f"{_describe(node)} is not allowed in an expression", line)
 
-    def _add_constant(self, node: ast.AST, value: float, role: str) -> None:
+    def _add_constant(self, node: ast.AST, value: float, role: str, under_minus: bool = False) -> None:
         start = self._char_col(node.lineno, node.col_offset)
         end = self._char_col(node.end_lineno, node.end_col_offset)
         index = len(self.constants)
-        self.constants.append(Constant(index, value, role, node.lineno, start, node.end_lineno, end))
+        self.constants.append(Constant(index, value, role, node.lineno, start, node.end_lineno, end, under_minus))
         self.literal_nodes[_node_key(node)] = index
 
     def _char_col(self, line: int, byte_col: int) -> int:

@@ -1,0 +1,3 @@
+module stepformula/go/steptime
+
+go 1.22

@@ -1,7 +1,7 @@
 """Evaluation time of a realistic 30-operation program, without and with the constant refit.
 
 Run on demand: `python benchmarks/bench_evaluator.py [--repeats N]`. Uses the train splits
-data/split/<target>/train.parquet when they exist; otherwise builds equivalent rows from the raw
+data/split/train/<target>.parquet when they exist; otherwise builds equivalent rows from the raw
 step table (the first 60% of each experiment by step id). Goals: <= 5 ms without refit,
 <= 100 ms with refit, on ~12k duration_us rows.
 """
@@ -86,8 +86,12 @@ def _first_fraction(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_data(target: str, settings: EvaluatorSettings) -> tuple[TrainingData, str]:
-    split = ROOT / "data" / "split" / target / "train.parquet"
-    if split.exists():
+    # The split stage writes data/split/train/<target>.parquet (data/split/<target>/train.parquet
+    # was the layout first planned).
+    candidates = [ROOT / "data" / "split" / "train" / f"{target}.parquet",
+                  ROOT / "data" / "split" / target / "train.parquet"]
+    split = next((path for path in candidates if path.exists()), None)
+    if split is not None:
         frame_columns = pd.read_parquet(split).columns
         names = [name for name in FEATURES if name in frame_columns]
         return (load_training_data(split, target, names, decode_below=settings.decode_below,

@@ -156,3 +156,47 @@ def test_refit_is_fast_enough_for_evolution():
     start = time.perf_counter()
     refit_constants(program, features, target)
     assert time.perf_counter() - start < 2.0
+
+
+# A program whose fit is chaotic on the real rows: before constants were rounded to 40 bits
+# (fit._quantized), MINPACK's last-bit noise sent about one evaluation in six to another optimum.
+CHAOTIC_PROGRAM = '''import numpy as np
+
+def predict(f):
+    d = f['hidden_dim']
+    attention = 4.0 * d * d
+    mlp = 3.0 * d * f['intermediate_dim']
+    active_weights = f['decode_tokens'] * (attention + mlp * f['active_experts'])
+    weight_bytes = 2.0 * f['num_layers'] * (attention + mlp * f['num_experts'])
+    gemm = np.maximum(2.0 * f['scheduled_tokens'] * active_weights / f['peak_flops_bf16'], weight_bytes)
+    return 12.55 + 1000000.0 * gemm
+'''
+
+_REPEAT_SCRIPT = '''
+import json, sys
+from stepformula.evaluator import EvaluatorSettings, evaluate_prepared, load_training_data
+from stepformula.config import load_params
+from stepformula.features import available_features
+settings = EvaluatorSettings.from_params(load_params(), "duration_us")
+names = available_features(json.load(open("data/feature_manifest.json")))
+data = load_training_data("data/split/train/duration_us.parquet", "duration_us", names,
+                          decode_below=settings.decode_below,
+                          prefill_at_least=settings.prefill_at_least)
+print(json.dumps([evaluate_prepared(sys.argv[1], data, settings).metrics["mape"].hex()
+                  for _ in range(int(sys.argv[2]))]))
+'''
+
+
+def test_refit_of_a_chaotic_program_repeats_exactly_across_processes():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _REPEAT_SCRIPT, CHAOTIC_PROGRAM, "6"],
+                             cwd=root, capture_output=True, text=True, check=True)
+        results += json.loads(out.stdout)
+    assert len(set(results)) == 1, results

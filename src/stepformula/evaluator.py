@@ -16,9 +16,10 @@ range, so bins do not drift); error_regime is 0 (any valid program displaces a f
 cell).
 
 error_regime: the index (metrics.REGIMES: 0 decode-dominated, 1 mixed, 2 prefill-dominated) of the
-regime holding the largest SUM of absolute percentage errors, i.e. the regime contributing most
-to the overall MAPE (ties go to the lower index). A regime with no scored rows has NaN MAPE and
-contributes 0.
+regime where the program is worst: the largest per-regime MAPE (ties go to the lower index; a
+regime with no scored rows has NaN MAPE and is never chosen). Not the largest SUM of errors:
+decode-dominated steps are ~70% of the rows, so the sum would name them for nearly every
+program and the archive's regime dimension would hold one cell.
 """
 
 from __future__ import annotations
@@ -244,15 +245,15 @@ def _scored(prediction: np.ndarray, program: CheckedProgram, data: TrainingData,
     ape = abs_pct_errors(data.target, prediction)
     regime = data.regime[scored_mask(data.target)]
     mape = float(np.mean(ape)) if ape.size else float("nan")
-    per_regime, sums = {}, []
+    per_regime, means = {}, []
     for index, key in enumerate(REGIME_METRICS):
         in_regime = ape[regime == index]
         per_regime[key] = float(np.mean(in_regime)) if in_regime.size else float("nan")
-        sums.append(float(np.sum(in_regime)))
+        means.append(per_regime[key] if in_regime.size else -math.inf)
     if not math.isfinite(mape):
         return _failed("no scored rows (every target is missing or not positive)",
                        program.num_operations, fitted_text, refused=False)
-    error_regime = int(np.argmax(sums))
+    error_regime = int(np.argmax(means))
     score = -min(mape, MAPE_CAP) - settings.lam * program.num_operations
     metrics = {
         "combined_score": score, "mape": mape, **per_regime,
@@ -261,7 +262,7 @@ def _scored(prediction: np.ndarray, program: CheckedProgram, data: TrainingData,
     }
     regimes = ", ".join(f"{REGIMES[i]} {_pct(per_regime[k])}" for i, k in enumerate(REGIME_METRICS))
     summary = (f"training MAPE {_pct(mape)} ({regimes}) with {program.num_operations} operations; "
-               f"most error from {REGIMES[error_regime]} steps; score {score:.6g}"
+               f"worst on {REGIMES[error_regime]} steps; score {score:.6g}"
                + ("; constants refitted" if refitted else ""))
     return Evaluation(metrics, fitted_text, None, summary)
 

@@ -1,18 +1,29 @@
 """Stage evolve (one target, one run): OpenEvolve from the three seeds on the train split.
 
     python -m stages.evolve <target> <run_seed>
+    python -m stages.evolve <target> <run_seed> --engine local --iterations 50 --out arms/<target>/local
 
-Writes evolve/<target>/run<seed>/{best_program.py, archive.json, history.csv, run.json,
-timing.json}; checkpoints go to checkpoints/<target>/run<seed>/ (not in git), from which a
-killed run resumes.
+The first form is the evolve stage: params' engine mix and budget (generations x population),
+outputs in evolve/<target>/run<seed>/, checkpoints in checkpoints/<target>/run<seed>/ (not in
+git), from which a killed run resumes. The options are for the arms comparison (the `arms`
+stage): one engine alone, a budget in iterations, outputs in --out and checkpoints in
+checkpoints/<--out>/. Both write {best_program.py, archive.json, history.csv, run.json,
+timing.json} through the same code path.
+
+The `local` engine: the stage assembles the model (cached outside the repo), serves it on
+127.0.0.1 with `evolve.local.threads` / `n_ctx`, checks it answers before the run, and keeps a
+watchdog thread on it during the run (OpenEvolve calls the model from a worker process): a
+server that dies is restarted on the same port, and one that cannot be restarted stops the run
+and fails the stage with the server's error.
 """
 
+import argparse
+import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
-
-import pandas as pd
 
 from stepformula.config import load_params, section
 from stepformula.errors import InputError
@@ -25,14 +36,48 @@ from stepformula.prompts import system_message, typical_scales
 from stepformula.run_outputs import write_run_outputs
 from stepformula.seeds import seed_programs
 
+ENGINES = ("offline", "openai", "local")
+WATCHDOG_SECONDS = 5.0
 
-def main(target: str, run_seed: int) -> None:
+
+def start_local_server(options: dict):
+    """The embedded model's server, started and answering; options from params evolve.local."""
+    from stepformula.engines.local import LocalServer, assemble_model, default_cache_dir
+
+    model_path = assemble_model(default_cache_dir())
+    try:
+        threads, n_ctx = int(options.get("threads", 1)), int(options.get("n_ctx", 4096))
+        start_timeout = float(options.get("start_timeout", 300))
+    except (TypeError, ValueError) as exc:
+        raise InputError("params.yaml evolve.local", f"bad server option: {exc}") from None
+    if threads < 1 or n_ctx < 512:
+        raise InputError("params.yaml evolve.local", "threads must be >= 1 and n_ctx >= 512")
+    server = LocalServer(model_path, threads=threads, n_ctx=n_ctx, start_timeout=start_timeout)
+    server.start()
+    return server
+
+
+def main(target: str, run_seed: int, *, engine: str | None = None, iterations: int | None = None,
+         out_dir: str | Path | None = None) -> None:
     params = load_params()
     if target not in params["targets"]:
         raise InputError("stages/evolve.py", f"unknown target {target!r}")
     settings = EvolveSettings.from_params(section(params, "evolve"))
-    if run_seed not in settings.seeds:
+    if out_dir is None and run_seed not in settings.seeds:
         raise InputError("stages/evolve.py", f"run seed {run_seed} is not in evolve.seeds")
+    if engine is not None:
+        if engine not in ENGINES:
+            raise InputError("--engine", f"{engine!r} is not one of {', '.join(ENGINES)}")
+        settings = dataclasses.replace(settings, engines={engine: 1.0})
+    if iterations is not None:
+        if iterations < 1:
+            raise InputError("--iterations", f"must be >= 1, got {iterations}")
+        settings = dataclasses.replace(settings, iterations_override=int(iterations))
+    # Every model config is built (and an openai key checked) before anything loads or runs.
+    uses_local = settings.engines.get("local", 0) > 0
+    model_configs(settings.engines, settings.openai, settings.local,
+                  local_base_url="http://127.0.0.1:1/v1" if uses_local else None,
+                  local_model="local" if uses_local else None)
     evaluator_settings = EvaluatorSettings.from_params(params, target)
     manifest = read_json("data/feature_manifest.json")
     names = available_features(manifest)
@@ -45,51 +90,95 @@ def main(target: str, run_seed: int) -> None:
     prompt = system_message(target, description, manifest,
                             int(section(params, "select")["max_operations"]),
                             evaluator_settings.lam, *typical_scales(train.features, train.target))
-    label = f"{target} run {run_seed}"
-    checkpoint_root = Path("checkpoints") / target / f"run{run_seed}"
-    out_dir = Path("evolve") / target / f"run{run_seed}"
+    if out_dir is None:
+        label = f"{target} run {run_seed}"
+        checkpoint_root = Path("checkpoints") / target / f"run{run_seed}"
+        out_dir = Path("evolve") / target / f"run{run_seed}"
+    else:
+        out_dir = Path(out_dir)
+        if out_dir.is_absolute() or ".." in out_dir.parts:
+            raise InputError("--out", f"{out_dir} must be a folder inside the repository")
+        label = f"{target} {'+'.join(settings.engines)} seed {run_seed}"
+        checkpoint_root = Path("checkpoints") / out_dir
 
-    server = None
-    if settings.engines.get("local", 0) > 0:
-        from stepformula.engines.local import LocalServer
-        server = LocalServer(**settings.local.get("server", {}))
-        server.start()
+    server = watchdog = None
+    if uses_local:
+        from stepformula.engines.local import ServerWatchdog
+
+        server = start_local_server(settings.local)
+    started = time.time()
     try:
         models, model_names = model_configs(
             settings.engines, settings.openai, settings.local,
             local_base_url=server.base_url if server else None,
             local_model=server.model_name if server else None)
-        started = time.time()
-        result = run_evolution(
-            target=target, run_seed=run_seed, settings=settings,
-            evaluator_settings=evaluator_settings, train_path=train_path, feature_names=names,
-            system_message=prompt, seeds=seeds, checkpoint_root=checkpoint_root, models=models,
-            model_names=model_names, label=label)
+        if server is not None:
+            server.ensure_alive()
+            # A failed restart interrupts the run: OpenEvolve's SIGINT handler stops it after the
+            # iteration in flight (before its handler is installed, KeyboardInterrupt does).
+            watchdog = ServerWatchdog(server, WATCHDOG_SECONDS,
+                                      on_failure=lambda err: os.kill(os.getpid(), signal.SIGINT))
+            watchdog.start()
+        try:
+            result = run_evolution(
+                target=target, run_seed=run_seed, settings=settings,
+                evaluator_settings=evaluator_settings, train_path=train_path,
+                feature_names=names, system_message=prompt, seeds=seeds,
+                checkpoint_root=checkpoint_root, models=models, model_names=model_names,
+                label=label)
+        except KeyboardInterrupt:
+            if watchdog is None or watchdog.error is None:
+                raise
+        if watchdog is not None:
+            watchdog.stop()
+            if watchdog.error is not None:
+                raise RuntimeError(f"evolve {label}: the local LLM server failed during the run "
+                                   f"and could not be restarted; no outputs written "
+                                   f"(checkpoints kept in {checkpoint_root}): {watchdog.error}")
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         if server is not None:
             server.stop()
     run = write_run_outputs(out_dir, result=result, target=target, run_seed=run_seed,
                             settings=settings, evaluator_settings=evaluator_settings, train=train,
                             engines=settings.engines)
-    history = pd.read_csv(out_dir / "history.csv")
-    write_json(out_dir / "timing.json", {
-        "wall_seconds": round(time.time() - started, 3),
-        "evolution_seconds": round(result.wall_seconds, 3),
-        "resumed_from_iteration": result.resumed_from,
-        "iterations_per_second": round(len(history) / max(result.wall_seconds, 1e-9), 3)})
+    timing = {"wall_seconds": round(time.time() - started, 3),
+              "evolution_seconds": round(result.wall_seconds, 3),
+              "resumed_from_iteration": result.resumed_from,
+              # the iterations this invocation ran (not the seeds, nor those before a resume)
+              "iterations_per_second": round((settings.iterations - (result.resumed_from or 0))
+                                             / max(result.wall_seconds, 1e-9), 3)}
+    if server is not None:
+        timing["local_server_restarts"] = server.restarts
+    write_json(out_dir / "timing.json", timing)
     finish(checkpoint_root)
     best = run["best"]
     print(f"evolve {label}: best train MAPE {100 * best['mape']:.2f}% with "
           f"{best['num_operations']} ops after {run['iterations_recorded']} iterations")
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.evolve")
+    parser.add_argument("target")
+    parser.add_argument("run_seed", type=int)
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="this engine alone instead of params' evolve.engine mix")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="budget in iterations instead of generations x population")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default evolve/<target>/run<seed>); checkpoints "
+                             "go to checkpoints/<out>")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m stages.evolve <target> <run_seed>")
+    args = parse_args(sys.argv[1:])
     if any(os.environ.get(k) != v for k, v in DETERMINISTIC_ENV.items()):
         # Before start-up: set order (OpenEvolve's islands and archive are sets) needs a fixed
         # hash seed, and bit-identical constant fits need single-threaded BLAS (a threaded
         # reduction changes the last bits, and a flat MAPE landscape amplifies them).
         os.execve(sys.executable, [sys.executable, "-m", "stages.evolve"] + sys.argv[1:],
                   {**os.environ, **DETERMINISTIC_ENV})
-    main(sys.argv[1], int(sys.argv[2]))
+    main(args.target, args.run_seed, engine=args.engine, iterations=args.iterations,
+         out_dir=args.out)

@@ -4,6 +4,7 @@ under the op limit is the one the test stage will score.
     python -m stages.select <target>
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 
 from stepformula.config import load_params, section
 from stepformula.errors import InputError
-from stepformula.evaluator import EvaluatorSettings, load_training_data
+from stepformula.evaluator import EvaluatorSettings, evaluate_prepared, load_training_data
 from stepformula.features import available_features
 from stepformula.io import read_json, write_json, write_text
 from stepformula.plots import evolution_curves, pareto_plot, write_csv
@@ -54,23 +55,24 @@ def main(target: str) -> None:
     write_csv(f"plots/pareto_{target}.csv", front_table)
     pareto_plot(points, front_table, None if best is None else best.num_operations, op_limit,
                 f"plots/pareto_{target}.png", f"{target}: validation Pareto front")
+    # Validation MAPE of the best-so-far program (by training fitness) at each improvement.
+    no_refit = dataclasses.replace(settings, refit=False)
     curves = []
     for seed in seeds:
         run_dir = Path("evolve") / target / f"run{seed}"
-        history = pd.read_csv(run_dir / "history.csv")
-        engine = "+".join(read_json(run_dir / "run.json")["engine_weights"])
-        history = history[history["kind"] != "seed"].dropna(subset=["best_mape"])
-        # Only the iterations where the best changed, and the last: the curve is a step.
-        changed = history["best_mape"].ne(history["best_mape"].shift())
-        changed.iloc[-1:] = True
-        history = history[changed]
-        curves.append(pd.DataFrame({"target": target, "run": seed, "engine": engine,
-                                    "iteration": history["iteration"],
-                                    "best_mape": history["best_mape"]}))
-    curves = pd.concat(curves, ignore_index=True)
+        run = read_json(run_dir / "run.json")
+        engine = "+".join(run["engine_weights"])
+        for step in read_json(run_dir / "improvements.json"):
+            evaluation = evaluate_prepared(step["code"], valid, no_refit)
+            curves.append({"target": target, "run": seed, "engine": engine,
+                           "iteration": step["iteration"], "train_mape": step["train_mape"],
+                           "valid_mape": None if evaluation.failed else evaluation.metrics["mape"]})
+        # The best holds to the end of the run: one closing point at the last iteration.
+        curves.append({**curves[-1], "iteration": run["budget"]["iterations"]})
+    curves = pd.DataFrame(curves)
     write_csv(f"plots/evolution_{target}.csv", curves)
-    evolution_curves(curves, f"plots/evolution_{target}.png",
-                     f"{target}: best training MAPE so far, per run")
+    evolution_curves(curves, settings.lam, f"plots/evolution_{target}.png",
+                     f"{target}: the best program so far (by training fitness), per run")
     if best is None:
         print(f"select {target}: no valid program under {op_limit} operations")
     else:

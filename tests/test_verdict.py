@@ -36,3 +36,10 @@ def test_verdict_document_states_hypothesis_thresholds_budget_and_result():
     assert document["thresholds"]["supported_below"] == 0.25
     assert document["budget"]["generations"] == 20 and document["full_budget"] is False
     assert document["result"] == {"test_mape": 0.04, "num_operations": 7}
+
+
+def test_verdict_says_whether_a_language_model_was_in_the_loop():
+    assert "no language model" in verdict("duration_us", 0.2, 5, FULL, T, "")["engines_note"]
+    mixed = Budget(generations=100, population=50, runs=3, engine={"offline": 0.5, "local": 0.5},
+                   models=["x"])
+    assert "language model in the loop" in verdict("duration_us", 0.2, 5, mixed, T, "")["engines_note"]

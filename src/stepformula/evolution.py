@@ -45,8 +45,13 @@ from .seeds import SEED_NAMES
 ENTRY_FILE = Path(__file__).with_name("openevolve_entry.py")
 OP_BINS_ENV_VAR = "STEPFORMULA_OP_BIN_EDGES"
 # What a reproducible run needs in its environment before Python starts (see stages/evolve.py).
+# MALLOC_PERTURB_: glibc fills every allocation with a fixed byte. Fed identical residuals,
+# SciPy 1.17.1's least_squares("lm") was seen to propose different points depending on what the
+# heap held before (an uninitialised read, seen with a rank-deficient Jacobian: constants with no
+# effect, e.g. in the losing branch of np.maximum), so one refit, and from there the whole run,
+# differed between runs; with the fill they repeat (tests/test_evolution.py).
 DETERMINISTIC_ENV = {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-                     "MKL_NUM_THREADS": "1"}
+                     "MKL_NUM_THREADS": "1", "MALLOC_PERTURB_": "165"}
 REGIME_BINS = 3
 
 
@@ -67,9 +72,14 @@ class EvolveSettings:
     local: dict = field(default_factory=dict)
     max_code_length: int = 20000
     progress_every: int = 100
+    # A budget in iterations that replaces generations x population (the arms comparison runs
+    # every engine for the same small number of iterations); None for the evolve stage.
+    iterations_override: int | None = None
 
     @property
     def iterations(self) -> int:
+        if self.iterations_override is not None:
+            return self.iterations_override
         return self.generations * self.population
 
     @classmethod
@@ -128,8 +138,32 @@ def _seeded_worker_init(salt: str, original_init):
         uuid.uuid4 = SeededIds(salt)
         random.seed(salt)
         np.random.seed(int(hashlib.sha256(salt.encode()).hexdigest()[:8], 16))
+        _name_silent_engine_errors()
         return original_init(*args, **kwargs)
     return init
+
+
+def _name_silent_engine_errors() -> None:
+    """OpenEvolve reports an engine failure by its message alone ("LLM generation failed: <msg>"),
+    and a timeout (asyncio.wait_for in OpenEvolve's OpenAI client) has an empty message, which
+    journal.failure_class could only count as "other". An engine error without a message is
+    re-raised under its type name ("TimeoutError"). Runs in the worker, where engines are called."""
+    from openevolve.llm.ensemble import LLMEnsemble
+
+    original = LLMEnsemble.generate_with_context
+    if getattr(original, "_names_silent_errors", False):
+        return
+
+    async def generate_with_context(self, *args, **kwargs):
+        try:
+            return await original(self, *args, **kwargs)
+        except Exception as exc:
+            if str(exc).strip():
+                raise
+            raise RuntimeError(type(exc).__name__) from exc
+
+    generate_with_context._names_silent_errors = True
+    LLMEnsemble.generate_with_context = generate_with_context
 
 
 def fingerprint(payload: dict) -> str:
@@ -139,8 +173,13 @@ def fingerprint(payload: dict) -> str:
 def latest_checkpoint(checkpoint_root: Path) -> tuple[Path, int] | None:
     found = []
     for path in (checkpoint_root / "checkpoints").glob("checkpoint_*"):
-        if (path / "metadata.json").exists():
-            found.append((int(path.name.split("_")[1]), path))
+        # OpenEvolve writes metadata.json last but not atomically: a run killed while writing it
+        # leaves a torn file, and resuming from it would fail on every later invocation.
+        try:
+            json.loads((path / "metadata.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found.append((int(path.name.split("_")[1]), path))
     if not found:
         return None
     iteration, path = max(found)
@@ -200,7 +239,10 @@ def run_evolution(*, target: str, run_seed: int, settings: EvolveSettings,
                                            "starts for a reproducible run (the evolve stage "
                                            "re-executes itself with them)")
     checkpoint_root = Path(checkpoint_root)
-    identity = {"target": target, "seed": run_seed, "settings": asdict(settings),
+    settings_identity = asdict(settings)
+    if settings.iterations_override is None:  # the evolve stage's identity as before the field
+        del settings_identity["iterations_override"]
+    identity = {"target": target, "seed": run_seed, "settings": settings_identity,
                 "evaluator": evaluator_settings.to_dict(), "features": feature_names,
                 "seeds": seeds, "system": system_message, "models": model_names,
                 "train": hashlib.sha256(Path(train_path).read_bytes()).hexdigest()}
@@ -319,6 +361,10 @@ def _prune_old_checkpoints(controller, keep: int) -> None:
     original = controller._save_checkpoint
 
     def save_and_prune(iteration: int) -> None:
+        # A torn checkpoint of this iteration left by a killed run holds programs of that run:
+        # saved over, they would come back as orphans on a later resume.
+        shutil.rmtree(Path(controller.output_dir) / "checkpoints" / f"checkpoint_{iteration}",
+                      ignore_errors=True)
         original(iteration)
         root = Path(controller.output_dir) / "checkpoints"
         found = sorted((int(p.name.split("_")[1]), p) for p in root.glob("checkpoint_*"))

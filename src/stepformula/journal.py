@@ -10,6 +10,8 @@ so the history has neither gaps nor duplicates.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import math
 import re
@@ -35,6 +37,57 @@ def failure_class(error: str) -> str:
     return "other"
 
 
+class _Normalise(ast.NodeTransformer):
+    """Drops docstrings and other bare-constant statements; optionally masks numeric constants."""
+
+    def __init__(self, mask_numbers: bool):
+        self.mask_numbers = mask_numbers
+
+    def generic_visit(self, node):
+        node = super().generic_visit(node)
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(node, name, None)
+            if isinstance(body, list) and body and all(isinstance(s, ast.stmt) for s in body):
+                kept = [s for s in body if not (isinstance(s, ast.Expr)
+                                                and isinstance(s.value, ast.Constant))]
+                setattr(node, name, kept or [ast.Pass()])
+        return node
+
+    def visit_Constant(self, node):
+        if self.mask_numbers and isinstance(node.value, (int, float)) \
+                and not isinstance(node.value, bool):
+            return ast.copy_location(ast.Constant(value=0), node)
+        return node
+
+
+def program_digests(code: str) -> tuple[str, str]:
+    """(program digest, structure digest) of a program text, 16 hex digits each.
+
+    The program digest ignores comments, formatting and docstrings (two answers that differ only
+    there are one program); the structure digest also ignores the values of numeric constants
+    (one formula shape, whatever its coefficients, thresholds or exponents). Text that does not
+    parse is digested as it is, for both.
+    """
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    try:
+        tree = ast.parse(code or "")
+    except (SyntaxError, ValueError):
+        return digest(code or ""), digest(code or "")
+    program = ast.unparse(_Normalise(False).visit(tree))
+    structure = ast.unparse(_Normalise(True).visit(ast.parse(program)))
+    return digest(program), digest(structure)
+
+
+def _digest_fields(program) -> dict:
+    code = getattr(program, "code", None)
+    if not isinstance(code, str):
+        return {}
+    program_sha, structure_sha = program_digests(code)
+    return {"code_sha": program_sha, "structure_sha": structure_sha}
+
+
 def _clean(value: Any) -> Any:
     """JSON has no NaN: undefined metrics become None."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -51,8 +104,19 @@ class RunJournal:
     def __init__(self, path: Path, on_record: Callable[[dict], None] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
         self.on_record = on_record
         self.enabled = True
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a torn last line (a run killed mid-write) before appending: the next record
+        would otherwise be glued to it, and read_journal would drop both."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("r+b") as out:
+                out.truncate(data.rfind(b"\n") + 1)
 
     def _write(self, record: dict) -> None:
         record = _clean(record)
@@ -64,7 +128,8 @@ class RunJournal:
 
     def log_seed(self, name: str, program) -> None:
         self._write({"iteration": 0, "kind": "seed", "seed": name, "program_id": program.id,
-                     "metrics": dict(program.metrics), "engine": "seed", "time": time.time()})
+                     "metrics": dict(program.metrics), "engine": "seed", "time": time.time(),
+                     "code": program.code, **_digest_fields(program)})
 
     def log_trace(self, iteration, parent_program, child_program, prompt=None, llm_response=None,
                   artifacts=None, island_id=None, metadata=None, **_ignored) -> None:
@@ -75,7 +140,8 @@ class RunJournal:
             "iteration": int(iteration), "kind": "child", "program_id": child_program.id,
             "parent_id": getattr(parent_program, "id", None), "island": island_id,
             "metrics": dict(child_program.metrics), "engine": metadata.get("llm_model"),
-            "refusal": failure, "token_usage": usage, "time": time.time()})
+            "refusal": failure, "token_usage": usage, "time": time.time(),
+            "code": child_program.code, **_digest_fields(child_program)})
 
     def log_failure(self, iteration, error, parent_id=None, evolution_mode=None, prompt=None,
                     llm_response=None, token_usage=None, island_id=None, **_ignored) -> None:

@@ -101,20 +101,20 @@ def predicted_vs_actual(experiments, actual, predicted, path: str | Path, title:
     save_figure(fig, path)
 
 
-def evolution_curves(history: pd.DataFrame, path: str | Path, title: str) -> None:
-    """Best training MAPE so far vs iteration; one line per (target, run, engine)."""
-    targets = list(dict.fromkeys(history["target"]))
-    fig, axes = plt.subplots(1, len(targets), figsize=(6.4 * len(targets), 4.4), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        sub = history[history["target"] == target]
-        for (run, engine), line in sub.groupby(["run", "engine"], sort=True):
-            ax.plot(line["iteration"], 100 * line["best_mape"], label=f"run {run} ({engine})")
-        ax.set_yscale("log")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("best training MAPE so far (%, log scale)")
-        ax.set_title(target)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
+def evolution_curves(curves: pd.DataFrame, lam: float, path: str | Path, title: str) -> None:
+    """Validation MAPE (solid) and training MAPE (dashed) of the best-so-far program against the
+    iteration it was found; one colour per (run, engine). Steps: the best holds until replaced."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for index, ((run, engine), line) in enumerate(curves.groupby(["run", "engine"], sort=True)):
+        for column, style in (("valid_mape", "-"), ("train_mape", "--")):
+            ax.step(line["iteration"], 100 * line[column].astype(float), where="post",
+                    linestyle=style, color=f"C{index}",
+                    label=f"run {run} ({engine}) {'validation' if column == 'valid_mape' else 'train'}")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("MAPE of the best program so far (%, log)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)

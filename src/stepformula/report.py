@@ -110,6 +110,7 @@ def write_report(path: str | Path, params: dict) -> None:
         results = test[target]
         out += [f"## {target}", "", f"*{TARGET_NOTES[target]}*", "",
                 f"**Status: {v['status']}.** {v['hypothesis']}", "",
+                f"Note: {v['engines_note']}.", "",
                 f"Budget run: {v['budget']['generations']} generations x "
                 f"{v['budget']['population']} population x {v['budget']['runs']} runs; engines "
                 f"{v['budget']['engine']}; models {', '.join(v['budget']['models'])}. Measured: "
@@ -127,8 +128,10 @@ def write_report(path: str | Path, params: dict) -> None:
             out += ["Leave one model out (constants fitted without the model, tested on it): "
                     + ", ".join(f"{m} {_pct(s['mape'])}" for m, s in lomo["models"].items()), ""]
         peer = read_json(f"peer/{target}/gplearn.json")
-        out += [f"gplearn peer ({peer['evaluations']} evaluations): `{peer['program']}` with "
-                f"variables {peer['variables']}", ""]
+        variables = ", ".join(f"{k} = {v}" for k, v in
+                              sorted(peer["variables"].items(), key=lambda kv: int(kv[0][1:])))
+        out += [f"gplearn peer ({peer['evaluations']} evaluations): `{peer['program']}` where "
+                f"{variables}", ""]
         front = selection["pareto_front"]
         out += ["Validation Pareto front (operations: validation MAPE): "
                 + ", ".join(f"{c['num_operations']}: {_pct(c['valid_mape'])}" for c in front), ""]
@@ -137,12 +140,31 @@ def write_report(path: str | Path, params: dict) -> None:
         comparison = read_json(arms)
         out += ["## Language model vs symbolic control arm", "", comparison["question"], "",
                 "| target | engine | iterations | best train MAPE (ops) | validation MAPE | "
-                "programs scored | distinct programs |", "|---|---|---|---|---|---|---|"]
+                "programs scored | distinct programs (shapes) | engine failures | tokens | "
+                "s / iteration |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in comparison["rows"]:
+            failures = row.get("engine_failures") or {}
+            failed = (f"{sum(failures.values())} ("
+                      + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())) + ")"
+                      ) if failures else "0"
+            shapes = row.get("distinct_structures")
             out.append(f"| {row['target']} | {row['engine']} | {row['iterations']} | "
                        f"{_pct(row['best_train_mape'])} ({row['best_num_operations']}) | "
                        f"{_pct(row['best_valid_mape'])} | {row['children_scored']} | "
-                       f"{row['distinct_programs']} |")
+                       f"{row['distinct_programs']}"
+                       + ("" if shapes is None else f" ({shapes})") + f" | {failed} | "
+                       f"{(row.get('tokens') or {}).get('total_tokens', 'n/a')} | "
+                       f"{row.get('seconds_per_iteration', 'n/a')} |")
+        out.append("")
+        for target_overlap in comparison.get("overlap", []):
+            for pair in target_overlap["pairs"]:
+                a, b = pair["engines"]
+                out.append(f"{target_overlap['target']}: archives of {a} and {b} hold "
+                           f"{pair['archive_programs'][a]} and {pair['archive_programs'][b]} "
+                           f"programs; they share {pair['shared_archive_programs']} "
+                           f"({pair['shared_archive_programs_found']} not seeds) and "
+                           f"{pair['shared_archive_structures']} formula shapes; "
+                           f"{pair['shared_child_structures']} shapes were proposed by both.")
         out.append("")
     write_text(path, "\n".join(out))
 

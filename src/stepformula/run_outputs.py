@@ -62,14 +62,34 @@ def history_table(records: list[dict]) -> pd.DataFrame:
             "combined_score": _finite(score),
             "best_combined_score": None if best is None else best["combined_score"],
             "best_mape": None if best is None else best["mape"],
-            "best_num_operations": None if best is None else best["num_operations"]})
+            "best_num_operations": None if best is None else best["num_operations"],
+            # Digests of the program text (engine failures have none): see journal.program_digests.
+            "code_sha": record.get("code_sha") or "",
+            "structure_sha": record.get("structure_sha") or ""})
     return pd.DataFrame(rows)
+
+
+def improvements(records: list[dict]) -> list[dict]:
+    """The records where the best training fitness so far improved (seeds included), in order:
+    what the selection stage scores on validation to draw validation MAPE against iteration."""
+    found, best = [], None
+    for record in records:
+        metrics = record.get("metrics") or {}
+        score = metrics.get("combined_score")
+        if record["kind"] == "engine_failure" or metrics.get("failed") or score is None \
+                or record.get("code") is None:
+            continue
+        if best is None or score > best:
+            best = score
+            found.append(record)
+    return found
 
 
 def write_run_outputs(out_dir: Path, *, result, target: str, run_seed: int, settings,
                       evaluator_settings: EvaluatorSettings, train: TrainingData,
                       engines: dict[str, float]) -> dict:
-    """Write best_program.py, archive.json, history.csv and run.json; return run.json's content."""
+    """Write best_program.py, archive.json, history.csv, improvements.json and run.json; return
+    run.json's content."""
     out_dir = Path(out_dir)
     database = result.database
     scored = {}
@@ -105,13 +125,20 @@ def write_run_outputs(out_dir: Path, *, result, target: str, run_seed: int, sett
     run = {
         "target": target, "run_seed": run_seed, "engine_weights": engines,
         "models": result.model_names,
-        "budget": {"generations": settings.generations, "population": settings.population,
-                   "iterations": settings.iterations},
+        "budget": ({"generations": settings.generations, "population": settings.population,
+                    "iterations": settings.iterations}
+                   if settings.iterations_override is None else
+                   {"generations": None, "population": None, "iterations": settings.iterations}),
         "iterations_recorded": int((history["kind"] != "seed").sum()),
         "llm_calls": int(len(children) + len(engine_failures)),
         "tokens": {k: int(v) for k, v in sorted(usage.items())},
         "children": int(len(children)),
         "children_scored": int(children["accepted"].sum()),
+        # Distinct programs among the children (comments and formatting ignored), and distinct
+        # formula shapes (numeric constants ignored too): how much the engine explored.
+        "distinct_programs": int(children.loc[children["code_sha"] != "", "code_sha"].nunique()),
+        "distinct_structures": int(
+            children.loc[children["structure_sha"] != "", "structure_sha"].nunique()),
         "evaluation_failures_by_reason": dict(sorted(Counter(
             children.loc[~children["accepted"], "reason"]).items())),
         "engine_failures_by_reason": dict(sorted(Counter(engine_failures["reason"]).items())),
@@ -127,5 +154,11 @@ def write_run_outputs(out_dir: Path, *, result, target: str, run_seed: int, sett
                                           "op_bin_edges": list(settings.op_bin_edges),
                                           "elites": archive})
     write_csv(out_dir / "history.csv", history)
+    write_json(out_dir / "improvements.json", [
+        {"iteration": r["iteration"], "program_id": r["program_id"],
+         "train_mape": _finite(r["metrics"].get("mape")),
+         "num_operations": r["metrics"].get("num_operations"),
+         "code": evaluate_prepared(r["code"], train, evaluator_settings).fitted_text or r["code"]}
+        for r in improvements(result.records)])
     write_json(out_dir / "run.json", run)
     return run

@@ -65,10 +65,25 @@ def status(test_mape: float | None, num_operations: int | None, budget: Budget,
     return "inconclusive" if full else "insufficient-budget"
 
 
+LLM_ENGINES = ("openai", "local")
+
+
+def language_model_note(budget: Budget) -> str:
+    """Whether a language model took part: the hypothesis is about LLM-guided search, and a
+    result from the symbolic control arm alone shows what the search space holds, not what the
+    language model adds (the arms comparison answers that)."""
+    weights = {k: v for k, v in budget.engine.items() if v > 0}
+    if any(engine in weights for engine in LLM_ENGINES):
+        return f"language model in the loop: engines {weights}"
+    return ("no language model in the loop: these runs used the symbolic offline mutator only "
+            "(the control arm); see the arms comparison for what a language model changes")
+
+
 def verdict(target: str, test_mape: float | None, num_operations: int | None, budget: Budget,
             thresholds: Thresholds, note: str) -> dict:
     """The verdict document for one target."""
     return {
+        "engines_note": language_model_note(budget),
         "target": target,
         "hypothesis": HYPOTHESIS.format(op_limit=thresholds.op_limit, target=target,
                                         supported=100 * thresholds.supported_below,

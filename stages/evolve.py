@@ -28,7 +28,8 @@ from pathlib import Path
 from stepformula.config import load_params, section
 from stepformula.errors import InputError
 from stepformula.evaluator import EvaluatorSettings, load_training_data
-from stepformula.evolution import DETERMINISTIC_ENV, EvolveSettings, finish, run_evolution
+from stepformula.determinism import reexec_if_needed
+from stepformula.evolution import EvolveSettings, finish, run_evolution
 from stepformula.features import available_features
 from stepformula.io import read_json, write_json
 from stepformula.engines.mix import model_configs
@@ -174,11 +175,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
-    if any(os.environ.get(k) != v for k, v in DETERMINISTIC_ENV.items()):
-        # Before start-up: set order (OpenEvolve's islands and archive are sets) needs a fixed
-        # hash seed, and bit-identical constant fits need single-threaded BLAS (a threaded
-        # reduction changes the last bits, and a flat MAPE landscape amplifies them).
-        os.execve(sys.executable, [sys.executable, "-m", "stages.evolve"] + sys.argv[1:],
-                  {**os.environ, **DETERMINISTIC_ENV})
+    # Before start-up: see stepformula.determinism (hash seed, BLAS threads, malloc fill).
+    reexec_if_needed("stages.evolve")
     main(args.target, args.run_seed, engine=args.engine, iterations=args.iterations,
          out_dir=args.out)

@@ -13,6 +13,7 @@ import pandas as pd
 from stepformula import assessment, report
 from stepformula.baselines import fit_baselines, score, score_baselines
 from stepformula.config import load_params, section
+from stepformula.determinism import reexec_if_needed
 from stepformula.evaluator import EvaluatorSettings
 from stepformula.facts import load_facts
 from stepformula.features import available_features
@@ -123,4 +124,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # The calibrated and leave-one-model-out scores refit constants: see stepformula.determinism.
+    reexec_if_needed("stages.test")
     main()

@@ -404,6 +404,7 @@ def test_journal_appends_after_a_torn_line_without_losing_the_record(tmp_path):
 def test_journal_records_nan_as_null(tmp_path):
     class Program:
         id = "p"
+        code = "def predict(f):\n    return 1.0\n"
         metrics = {"mape": float("nan"), "combined_score": -1e9}
 
     journal = RunJournal(tmp_path / "j.jsonl")

@@ -44,14 +44,7 @@ from .seeds import SEED_NAMES
 
 ENTRY_FILE = Path(__file__).with_name("openevolve_entry.py")
 OP_BINS_ENV_VAR = "STEPFORMULA_OP_BIN_EDGES"
-# What a reproducible run needs in its environment before Python starts (see stages/evolve.py).
-# MALLOC_PERTURB_: glibc fills every allocation with a fixed byte. Fed identical residuals,
-# SciPy 1.17.1's least_squares("lm") was seen to propose different points depending on what the
-# heap held before (an uninitialised read, seen with a rank-deficient Jacobian: constants with no
-# effect, e.g. in the losing branch of np.maximum), so one refit, and from there the whole run,
-# differed between runs; with the fill they repeat (tests/test_evolution.py).
-DETERMINISTIC_ENV = {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-                     "MKL_NUM_THREADS": "1", "MALLOC_PERTURB_": "165"}
+from .determinism import DETERMINISTIC_ENV  # noqa: E402  (re-exported for the stage)
 REGIME_BINS = 3
 
 

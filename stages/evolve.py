@@ -27,15 +27,12 @@ from pathlib import Path
 
 from stepformula.config import load_params, section
 from stepformula.errors import InputError
-from stepformula.evaluator import EvaluatorSettings, load_training_data
 from stepformula.determinism import reexec_if_needed
 from stepformula.evolution import EvolveSettings, finish, run_evolution
-from stepformula.features import available_features
-from stepformula.io import read_json, write_json
+from stepformula.io import write_json
 from stepformula.engines.mix import model_configs
-from stepformula.prompts import system_message, typical_scales
+from stepformula.run_inputs import run_inputs
 from stepformula.run_outputs import write_run_outputs
-from stepformula.seeds import seed_programs
 
 ENGINES = ("offline", "openai", "local")
 WATCHDOG_SECONDS = 5.0
@@ -79,18 +76,7 @@ def main(target: str, run_seed: int, *, engine: str | None = None, iterations: i
     model_configs(settings.engines, settings.openai, settings.local,
                   local_base_url="http://127.0.0.1:1/v1" if uses_local else None,
                   local_model="local" if uses_local else None)
-    evaluator_settings = EvaluatorSettings.from_params(params, target)
-    manifest = read_json("data/feature_manifest.json")
-    names = available_features(manifest)
-    train_path = Path(f"data/split/train/{target}.parquet")
-    train = load_training_data(train_path, target, names,
-                               decode_below=evaluator_settings.decode_below,
-                               prefill_at_least=evaluator_settings.prefill_at_least)
-    seeds = seed_programs(train.features, train.target, names, run_seed)
-    description = next(t["derivation"] for t in manifest["targets"] if t["name"] == target)
-    prompt = system_message(target, description, manifest,
-                            int(section(params, "select")["max_operations"]),
-                            evaluator_settings.lam, *typical_scales(train.features, train.target))
+    inputs = run_inputs(params, target, run_seed)
     if out_dir is None:
         label = f"{target} run {run_seed}"
         checkpoint_root = Path("checkpoints") / target / f"run{run_seed}"
@@ -123,8 +109,9 @@ def main(target: str, run_seed: int, *, engine: str | None = None, iterations: i
         try:
             result = run_evolution(
                 target=target, run_seed=run_seed, settings=settings,
-                evaluator_settings=evaluator_settings, train_path=train_path,
-                feature_names=names, system_message=prompt, seeds=seeds,
+                evaluator_settings=inputs.evaluator_settings, train_path=inputs.train_path,
+                feature_names=inputs.feature_names, system_message=inputs.system_message,
+                seeds=inputs.seeds,
                 checkpoint_root=checkpoint_root, models=models, model_names=model_names,
                 label=label)
         except KeyboardInterrupt:
@@ -142,7 +129,8 @@ def main(target: str, run_seed: int, *, engine: str | None = None, iterations: i
         if server is not None:
             server.stop()
     run = write_run_outputs(out_dir, result=result, target=target, run_seed=run_seed,
-                            settings=settings, evaluator_settings=evaluator_settings, train=train,
+                            settings=settings, evaluator_settings=inputs.evaluator_settings,
+                            train=inputs.train,
                             engines=settings.engines)
     timing = {"wall_seconds": round(time.time() - started, 3),
               "evolution_seconds": round(result.wall_seconds, 3),

@@ -78,37 +78,24 @@ def main(target: str, run_seed: int, out_dir: str) -> None:
     from openevolve.config import LLMModelConfig
 
     from stepformula.config import load_params, section
-    from stepformula.evaluator import EvaluatorSettings, load_training_data
     from stepformula.evolution import EvolveSettings, finish, run_evolution
-    from stepformula.features import available_features
-    from stepformula.io import read_json
-    from stepformula.prompts import system_message, typical_scales
+    from stepformula.run_inputs import run_inputs
     from stepformula.run_outputs import write_run_outputs
-    from stepformula.seeds import seed_programs
 
     params = load_params()
     settings = EvolveSettings.from_params(section(params, "evolve"))
-    evaluator_settings = EvaluatorSettings.from_params(params, target)
-    manifest = read_json("data/feature_manifest.json")
-    names = available_features(manifest)
-    train_path = Path(f"data/split/train/{target}.parquet")
-    train = load_training_data(train_path, target, names,
-                               decode_below=evaluator_settings.decode_below,
-                               prefill_at_least=evaluator_settings.prefill_at_least)
-    seeds = seed_programs(train.features, train.target, names, run_seed)
-    description = next(t["derivation"] for t in manifest["targets"] if t["name"] == target)
-    prompt = system_message(target, description, manifest,
-                            int(section(params, "select")["max_operations"]),
-                            evaluator_settings.lam, *typical_scales(train.features, train.target))
+    inputs = run_inputs(params, target, run_seed)
     checkpoint_root = Path("checkpoints") / target / f"flaky{run_seed}"
     result = run_evolution(
         target=target, run_seed=run_seed, settings=settings,
-        evaluator_settings=evaluator_settings, train_path=train_path, feature_names=names,
-        system_message=prompt, seeds=seeds, checkpoint_root=checkpoint_root,
+        evaluator_settings=inputs.evaluator_settings, train_path=inputs.train_path,
+        feature_names=inputs.feature_names, system_message=inputs.system_message,
+        seeds=inputs.seeds, checkpoint_root=checkpoint_root,
         models=[LLMModelConfig(name=MODEL_NAME, init_client=make_flaky_engine)],
         model_names=[MODEL_NAME], label=f"{target} flaky {run_seed}")
     write_run_outputs(Path(out_dir), result=result, target=target, run_seed=run_seed,
-                      settings=settings, evaluator_settings=evaluator_settings, train=train,
+                      settings=settings, evaluator_settings=inputs.evaluator_settings,
+                      train=inputs.train,
                       engines={"flaky": 1.0})
     finish(checkpoint_root)
 

@@ -4,9 +4,11 @@ import pytest
 
 from stepformula.verdict import Budget, Thresholds, status, verdict
 
-FULL = Budget(generations=100, population=50, runs=3, engine={"offline": 1.0}, models=["x"])
-SMALL = Budget(generations=20, population=50, runs=3, engine={"offline": 1.0}, models=["x"])
-ONE_RUN = Budget(generations=100, population=50, runs=1, engine={"offline": 1.0}, models=["x"])
+LLM = {"offline": 0.5, "local": 0.5}
+FULL = Budget(generations=100, population=50, runs=3, engine=LLM, models=["x"])
+SMALL = Budget(generations=20, population=50, runs=3, engine=LLM, models=["x"])
+ONE_RUN = Budget(generations=100, population=50, runs=1, engine=LLM, models=["x"])
+NO_LLM = Budget(generations=100, population=50, runs=3, engine={"offline": 1.0}, models=["x"])
 T = Thresholds()
 
 
@@ -24,6 +26,9 @@ T = Thresholds()
     (None, None, FULL, "refuted"),               # nothing under the op limit after full budget
     (None, None, SMALL, "insufficient-budget"),
     (float("nan"), 5, FULL, "refuted"),
+    (0.35, 10, NO_LLM, "insufficient-budget"),   # no language model: no LLM-guided budget
+    (0.28, 10, NO_LLM, "insufficient-budget"),
+    (0.20, 10, NO_LLM, "supported"),             # but a formula found is a formula found
 ])
 def test_status_rules(mape, ops, budget, expected):
     assert status(mape, ops, budget, T) == expected
@@ -39,7 +44,7 @@ def test_verdict_document_states_hypothesis_thresholds_budget_and_result():
 
 
 def test_verdict_says_whether_a_language_model_was_in_the_loop():
-    assert "no language model" in verdict("duration_us", 0.2, 5, FULL, T, "")["engines_note"]
-    mixed = Budget(generations=100, population=50, runs=3, engine={"offline": 0.5, "local": 0.5},
-                   models=["x"])
-    assert "language model in the loop" in verdict("duration_us", 0.2, 5, mixed, T, "")["engines_note"]
+    document = verdict("duration_us", 0.2, 5, NO_LLM, T, "")
+    assert "no language model" in document["engines_note"]
+    assert document["language_model_in_loop"] is False and document["full_budget"] is False
+    assert "language model in the loop" in verdict("duration_us", 0.2, 5, FULL, T, "")["engines_note"]

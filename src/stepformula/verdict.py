@@ -5,6 +5,11 @@ operations whose per-step test MAPE is below `supported_below` (25%). It is refu
 program is above `refuted_above` (30%) after at least the seed's budget (100 generations x 3
 independent runs).
 
+The seed's budget is a budget of LLM-guided search: runs whose engine mix has no language model
+(the symbolic offline mutator alone, the study's control arm) never count as the full budget, so
+they can support the hypothesis (a formula under the thresholds exists and evolution finds it;
+the note says no language model was involved) but never refute it.
+
 Status rules, in order:
 * no selected formula under the op limit -> refuted at full budget, else insufficient-budget;
 * MAPE < supported_below -> supported (a success needs no minimum budget);
@@ -24,6 +29,7 @@ HYPOTHESIS = ("An LLM-guided evolutionary search (OpenEvolve: MAP-Elites with LL
               "refuted if the best program is > {refuted:.0f}% after {generations} generations x "
               "{runs} independent runs.")
 STATUSES = ("supported", "refuted", "inconclusive", "insufficient-budget")
+LLM_ENGINES = ("openai", "local")
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,14 @@ class Budget:
 
 
 def full_budget(budget: Budget, thresholds: Thresholds) -> bool:
+    """The seed's budget of LLM-guided search: generations x runs, with a language model in the
+    engine mix."""
     return (budget.generations >= thresholds.full_generations
-            and budget.runs >= thresholds.full_runs)
+            and budget.runs >= thresholds.full_runs and language_model_in_loop(budget))
+
+
+def language_model_in_loop(budget: Budget) -> bool:
+    return any(budget.engine.get(engine, 0) > 0 for engine in LLM_ENGINES)
 
 
 def status(test_mape: float | None, num_operations: int | None, budget: Budget,
@@ -65,18 +77,17 @@ def status(test_mape: float | None, num_operations: int | None, budget: Budget,
     return "inconclusive" if full else "insufficient-budget"
 
 
-LLM_ENGINES = ("openai", "local")
-
-
 def language_model_note(budget: Budget) -> str:
     """Whether a language model took part: the hypothesis is about LLM-guided search, and a
     result from the symbolic control arm alone shows what the search space holds, not what the
     language model adds (the arms comparison answers that)."""
     weights = {k: v for k, v in budget.engine.items() if v > 0}
-    if any(engine in weights for engine in LLM_ENGINES):
+    if language_model_in_loop(budget):
         return f"language model in the loop: engines {weights}"
     return ("no language model in the loop: these runs used the symbolic offline mutator only "
-            "(the control arm); see the arms comparison for what a language model changes")
+            "(the control arm), so they count as no LLM-guided budget: they can show that a "
+            "formula exists and evolution finds it, but cannot refute the hypothesis; see the "
+            "arms comparison for what a language model changes")
 
 
 def verdict(target: str, test_mape: float | None, num_operations: int | None, budget: Budget,
@@ -93,6 +104,7 @@ def verdict(target: str, test_mape: float | None, num_operations: int | None, bu
         "thresholds": asdict(thresholds),
         "budget": asdict(budget),
         "full_budget": full_budget(budget, thresholds),
+        "language_model_in_loop": language_model_in_loop(budget),
         "result": {"test_mape": test_mape, "num_operations": num_operations},
         "status": status(test_mape, num_operations, budget, thresholds),
         "note": note,

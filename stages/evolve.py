@@ -55,6 +55,20 @@ def start_local_server(options: dict):
     return server
 
 
+def _server_problem(server, watchdog) -> str | None:
+    """Why the local server failed the run (stops the watchdog), or None if it did not."""
+    if server is None:
+        return None
+    watchdog.stop()
+    if watchdog.error is not None:
+        return ("the local LLM server failed during the run and could not be restarted: "
+                f"{watchdog.error}")
+    if not server.is_alive():
+        return (f"the local LLM server on {server.base_url} stopped answering during the run "
+                f"(restarts so far: {server.restarts}); log tail:\n{server.log_tail()}")
+    return None
+
+
 def main(target: str, run_seed: int, *, engine: str | None = None, iterations: int | None = None,
          out_dir: str | Path | None = None) -> None:
     params = load_params()
@@ -114,15 +128,18 @@ def main(target: str, run_seed: int, *, engine: str | None = None, iterations: i
                 seeds=inputs.seeds,
                 checkpoint_root=checkpoint_root, models=models, model_names=model_names,
                 label=label)
-        except KeyboardInterrupt:
-            if watchdog is None or watchdog.error is None:
+        except BaseException as exc:
+            # Iterations fail fast once the server is gone, so OpenEvolve may end the run (or the
+            # watchdog's SIGINT may) before the server is named: say what really went wrong.
+            problem = _server_problem(server, watchdog)
+            if problem is None:
                 raise
-        if watchdog is not None:
-            watchdog.stop()
-            if watchdog.error is not None:
-                raise RuntimeError(f"evolve {label}: the local LLM server failed during the run "
-                                   f"and could not be restarted; no outputs written "
-                                   f"(checkpoints kept in {checkpoint_root}): {watchdog.error}")
+            raise RuntimeError(f"evolve {label}: {problem}; no outputs written (checkpoints kept "
+                               f"in {checkpoint_root})") from exc
+        problem = _server_problem(server, watchdog)
+        if problem is not None:
+            raise RuntimeError(f"evolve {label}: {problem}; no outputs written (checkpoints kept "
+                               f"in {checkpoint_root})")
     finally:
         if watchdog is not None:
             watchdog.stop()

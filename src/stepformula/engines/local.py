@@ -475,6 +475,54 @@ class LocalServer:
         self.stop()
 
 
+class ServerWatchdog:
+    """Keeps a LocalServer alive while an OpenEvolve run uses it from its worker process.
+
+    OpenEvolve calls the model from a worker process, so the stage cannot check the server
+    between iterations; this thread calls `server.ensure_alive()` every `interval` seconds
+    instead. A dead or silent server is restarted on the same port (the workers' base_url stays
+    valid; the request in flight fails and is journaled as one engine failure). If the restart
+    fails, the error is kept in `error` and `on_failure` is called once (the stage interrupts the
+    run with it), after which the thread ends. Use as a context manager around the run.
+    """
+
+    def __init__(self, server: LocalServer, interval: float = 5.0, on_failure=None):
+        import threading
+
+        self.server = server
+        self.interval = interval
+        self.on_failure = on_failure
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="local-llm-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.server.ensure_alive()
+            except BaseException as err:  # noqa: BLE001 - reported through self.error
+                self.error = err
+                if self.on_failure is not None and not self._stop.is_set():
+                    self.on_failure(err)
+                return
+
+    def start(self) -> "ServerWatchdog":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and wait for the thread (a restart in progress finishes first)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> "ServerWatchdog":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # The child process
 # ---------------------------------------------------------------------------------------------

@@ -145,6 +145,13 @@ def main(target: str, run_seed: int, *, engine: str | None = None, iterations: i
             watchdog.stop()
         if server is not None:
             server.stop()
+    # OpenEvolve ends a run early and normally on SIGINT/SIGTERM (graceful shutdown): such a run
+    # must neither pass for a finished one nor lose the checkpoints it would resume from.
+    reached = max((r["iteration"] for r in result.records if r.get("kind") != "seed"), default=0)
+    if reached < settings.iterations:
+        raise RuntimeError(f"evolve {label}: the run stopped at iteration {reached} of "
+                           f"{settings.iterations} (interrupted?); no outputs written; rerun to "
+                           f"resume from the checkpoints in {checkpoint_root}")
     run = write_run_outputs(out_dir, result=result, target=target, run_seed=run_seed,
                             settings=settings, evaluator_settings=inputs.evaluator_settings,
                             train=inputs.train,
